@@ -1,0 +1,9 @@
+"""Train and serve an MNIST classifier from Airflow, on Kubernetes GPUs through kubetorch.
+
+Importing this package (and ``config``, ``storage``, ``backends``, ``kube``,
+``tasks``) never imports torch: the Airflow image holds Airflow and kubetorch
+only. ``model``, ``transforms``, ``data``, ``trainer`` and ``inference`` are the
+torch side; they run in the pods, or in-process with the local backend.
+"""
+
+__version__ = "0.1.0"

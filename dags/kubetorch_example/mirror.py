@@ -48,23 +48,24 @@ def _parse(data_source: str) -> storage.Location:
 
 def read_mirror(data_source: str) -> dict[str, bytes]:
     """The four ``.gz`` files of a mirror, each verified against torchvision's md5."""
-    files = {}
-    for name, expected in MNIST_MD5.items():
-        uri = storage.join(data_source, name)
+    files, missing = {}, []
+    for name in MNIST_MD5:
         try:
-            data = storage.read_bytes(uri)
+            files[name] = storage.read_bytes(storage.join(data_source, name))
         except storage.StorageError as exc:
-            raise ConfigError(
-                f"data_source {data_source!r} is not a usable MNIST mirror: {exc}. "
-                f"It must hold {', '.join(MNIST_MD5)}; or use data_source='download'."
-            ) from exc
+            missing.append(f"{name} ({exc})")
+    if missing:
+        raise ConfigError(
+            f"data_source {data_source!r} is not a usable MNIST mirror: cannot read {'; '.join(missing)}. "
+            f"It must hold {', '.join(MNIST_MD5)}; or use data_source='download'."
+        )
+    for name, data in files.items():
         actual = hashlib.md5(data, usedforsecurity=False).hexdigest()
-        if actual != expected:
+        if actual != MNIST_MD5[name]:
             raise ConfigError(
-                f"data_source {data_source!r}: {name} fails its checksum (md5 {actual}, expected {expected}). "
+                f"data_source {data_source!r}: {name} fails its checksum (md5 {actual}, expected {MNIST_MD5[name]}). "
                 "The file is corrupt or not the original MNIST; replace it with the original."
             )
-        files[name] = data
     return files
 
 

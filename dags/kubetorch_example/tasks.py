@@ -134,11 +134,12 @@ def run_train(run: Run, dataset_uri: str, progress=None) -> str:
             if _fail_after() == epoch:
                 raise InjectedFault(f"{FAIL_AFTER_EPOCH_ENV}={epoch}: failing on purpose after epoch {epoch}")
         model = trainer.save_model(run.uri("model", "model.pt"))
-    return _write_model_manifest(run, dataset_uri, model, history)
+    return _write_model_manifest(run, dataset_uri, model, history, resumed_after=latest["epoch"] if latest else None)
 # [END train_step]
 
 
-def _write_model_manifest(run: Run, dataset_uri: str, model: dict, history: list[dict]) -> str:
+def _write_model_manifest(run: Run, dataset_uri: str, model: dict, history: list[dict],
+                          resumed_after: int | None) -> str:
     curve = storage.write_artifact(run.uri("model", "training_curve.svg"), training_curve_svg(history).encode())
     manifest = {
         "kind": "mnist-model",
@@ -146,6 +147,7 @@ def _write_model_manifest(run: Run, dataset_uri: str, model: dict, history: list
         "dataset": dataset_uri,
         "hyperparameters": run.config.hyperparameters(),
         "history": history,
+        "resumed_after_epoch": resumed_after,
         "test_accuracy": history[-1]["test_accuracy"],
         "training_curve": curve,
         "uri": run.uri("model", "model.json"),

@@ -48,16 +48,17 @@ def _parse(data_source: str) -> storage.Location:
 
 def read_mirror(data_source: str) -> dict[str, bytes]:
     """The four ``.gz`` files of a mirror, each verified against torchvision's md5."""
-    files, missing = {}, []
+    files, missing, reason = {}, [], ""
     for name in MNIST_MD5:
         try:
             files[name] = storage.read_bytes(storage.join(data_source, name))
         except storage.StorageError as exc:
-            missing.append(f"{name} ({exc})")
+            missing.append(name)
+            reason = reason or str(exc)
     if missing:
         raise ConfigError(
-            f"data_source {data_source!r} is not a usable MNIST mirror: cannot read {'; '.join(missing)}. "
-            f"It must hold {', '.join(MNIST_MD5)}; or use data_source='download'."
+            f"data_source {data_source!r} is not a usable MNIST mirror: cannot read {', '.join(missing)} "
+            f"({reason}). It must hold the four original MNIST .gz files; or use data_source='download'."
         )
     for name, data in files.items():
         actual = hashlib.md5(data, usedforsecurity=False).hexdigest()
@@ -72,15 +73,15 @@ def read_mirror(data_source: str) -> dict[str, bytes]:
 def check_source(data_source: str, backend: str) -> str:
     """Raise ConfigError unless ``data_source`` can be used by ``backend``; return its kind."""
     kind = source_kind(data_source)
+    if backend == "kubernetes" and kind != "download" and _parse(data_source).scheme == "file":
+        raise ConfigError(
+            f"data_source {data_source!r} is a folder on this machine, which the pods cannot see. "
+            "Upload the mirror to s3://... and pass that URI, or use data_source='download'."
+        )
     if kind == "root":
         missing = [f for f in RAW_FILES if not (Path(_parse(data_source).path) / "MNIST" / "raw" / f).is_file()]
         if missing:
             raise ConfigError(f"data_source {data_source!r}: MNIST/raw lacks {', '.join(missing)}")
     elif kind == "mirror":
         read_mirror(data_source)
-    if backend == "kubernetes" and kind != "download" and _parse(data_source).scheme == "file":
-        raise ConfigError(
-            f"data_source {data_source!r} is a folder on this machine, which the pods cannot see. "
-            "Upload the mirror to s3://... and pass that URI, or use data_source='download'."
-        )
     return kind

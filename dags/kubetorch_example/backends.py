@@ -57,6 +57,7 @@ class LocalBackend:
         yield target.resolve()(**init_args)
 
 
+# [START kubernetes_backend]
 class KubernetesBackend:
     """Runs each target as a kubetorch service on the compute its role asks for."""
 
@@ -113,6 +114,7 @@ class KubernetesBackend:
         finally:
             if not keep:
                 _teardown(remote)
+# [END kubernetes_backend]
 
 
 def _teardown(remote) -> None:

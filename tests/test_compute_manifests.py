@@ -225,3 +225,10 @@ def test_kubernetes_backend_without_credentials_exits_2_with_the_hint(bucket, s3
     assert backends.CREDENTIALS_HINT in result.stderr
     assert "Traceback" not in result.stderr
     assert "preprocess done" not in result.stdout
+
+
+def test_pods_accept_json_only_whatever_the_worker_env_says(monkeypatch):
+    monkeypatch.setenv("KT_ALLOWED_SERIALIZATION", "json,pickle")
+    for role, build in kube.COMPUTES.items():
+        annotations = build(SETTINGS).manifest["metadata"]["annotations"]
+        assert annotations["kubetorch.com/allowed-serialization"] == "json", role

@@ -104,3 +104,11 @@ def test_predict_accepts_flat_784_pixel_digits(dataset_uri, tmp_path):
 def test_predict_input_is_checked(images, message):
     with pytest.raises(ValueError, match=message):
         images_to_tensor(images)
+
+
+def test_methods_that_need_data_say_so_before_load_data(tmp_path):
+    trainer = SimpleTrainer(device="cpu")
+    with pytest.raises(RuntimeError, match="load_data"):
+        trainer.predict([[[0] * 28] * 28])
+    with pytest.raises(RuntimeError, match="load_data"):
+        trainer.load_checkpoint({"uri": str(tmp_path / "none.pt"), "sha256": "0"})

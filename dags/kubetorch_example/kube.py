@@ -35,6 +35,9 @@ def _common(settings: Settings) -> dict:
         "namespace": settings.namespace,
         "service_account_name": settings.pod_service_account,
         "env_vars": {"PYTHONUNBUFFERED": "1"},
+        # JSON only, whatever KT_ALLOWED_SERIALIZATION says in the caller's environment
+        # (kubetorch 0.5.1 reads it when Compute() is built): a pickled request runs code on the pod.
+        "allowed_serialization": ["json"],
     }
 
 

@@ -1,5 +1,6 @@
 """Serve a trained model on this machine with kubetorch's own HTTP server, as the pods do.
 
+    python -m kubetorch_example.serve                      # the newest run's model
     python -m kubetorch_example.serve --model artifacts/mnist_training_pipeline/<run id>/model/model.json
 
 Loads ``MnistClassifier`` (init_args ``{"model": <the manifest's "model"
@@ -57,6 +58,7 @@ import time
 
 from kubetorch_example import storage
 from kubetorch_example.local_server import DEFAULT_HOST, LOOPBACK_HOSTS, LocalServer, ServerError
+from kubetorch_example.tasks import latest_summary
 
 CLASSIFIER_MODULE = "kubetorch_example.inference"
 CLASSIFIER_CLASS = "MnistClassifier"
@@ -70,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a trained MNIST model with kubetorch's HTTP server on this machine "
                     "(POST /MnistClassifier/predict). Blocks until Ctrl-C.",
     )
-    parser.add_argument("--model", required=True, metavar="URI",
+    parser.add_argument("--model", default=None, metavar="URI",
                         help="the training run's model manifest (model.json): a local path, file:// or s3:// URI "
-                             "(required; no default)")
+                             "(default: the newest finished run's, under $MNIST_STORAGE_ROOT)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"interface to bind (default: {DEFAULT_HOST}). The server has no authentication: "
                              "any other address lets anyone who can reach it call the model")
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
               f"can reach port {args.port} can call the model. Use --host {DEFAULT_HOST} unless the network is "
               "trusted.", file=sys.stderr)
     try:
-        entry = model_entry(args.model)
+        entry = model_entry(args.model or latest_summary()["model"])
     except (ValueError, storage.StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

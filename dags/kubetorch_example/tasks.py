@@ -200,6 +200,16 @@ def _write_summary(run: Run, manifest: dict, score: dict, service: str) -> dict:
     return summary
 
 
+def latest_summary(settings: Settings | None = None) -> dict:
+    """The summary of the newest successful run under the storage root."""
+    settings = settings or Settings.from_env()
+    uri = storage.join(settings.storage_root, DAG_ID, "latest.json")
+    if not storage.exists(uri):
+        raise ConfigError(f"no finished run under {settings.storage_root!r} (no {uri}); run the pipeline first, "
+                          "or set MNIST_STORAGE_ROOT to where it wrote")
+    return storage.read_json(uri)
+
+
 def format_summary(summary: dict) -> str:
     serving = (
         f"service {summary['service']!r} is live (autoscaling 0..6 replicas)"
@@ -279,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.step == "summary":
-        print(format_summary(storage.read_json(storage.join(Settings.from_env().storage_root, DAG_ID, "latest.json"))))
+        try:
+            print(format_summary(latest_summary()))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     params = {name: getattr(args, name) for name in FIELDS}
     run_id = args.run_id or dt.datetime.now(dt.timezone.utc).strftime("cli-%Y%m%dT%H%M%SZ")

@@ -52,6 +52,7 @@ class SimpleTrainer:
         self.epoch = 0
         self.history: list[dict] = []
         self.data: dict[str, torch.Tensor] = {}
+        self.mean = self.std = None  # normalization constants, from the dataset or a saved model
 
     def load_data(self, dataset_uri: str) -> dict:
         """Load the preprocessed dataset onto the device, normalized once."""
@@ -114,6 +115,8 @@ class SimpleTrainer:
     @torch.inference_mode()
     def predict(self, images) -> list[int]:
         """Digits as raw pixels (0..255, 28x28 lists) -> predicted labels."""
+        if self.mean is None:
+            raise RuntimeError("call load_data(dataset_uri) or from_checkpoint(model) before predict()")
         self.model.eval()
         batch = normalize(images_to_tensor(images).to(self.device), self.mean, self.std)
         return self.model(batch).argmax(1).tolist()
@@ -133,6 +136,8 @@ class SimpleTrainer:
 
     def load_checkpoint(self, entry: dict) -> dict:
         """Resume from a checkpoint entry (uri + sha256); call after load_data."""
+        if self.scheduler is None:
+            raise RuntimeError("call load_data(dataset_uri) before load_checkpoint()")
         blob = io.BytesIO(storage.read_artifact(entry))
         state = torch.load(blob, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])

@@ -158,6 +158,8 @@ def test_parse_good_uris(tmp_path, monkeypatch):
         "https://bucket.s3.amazonaws.com/key",
         "S3://bucket/key",
         "hdfs:///data",
+        "s3:/bucket/key",  # typos of s3://, not local folders named "s3:"
+        "s3:bucket/key",
     ],
 )
 def test_parse_refuses_malformed_uris_naming_them(uri):

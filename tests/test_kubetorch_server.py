@@ -370,7 +370,7 @@ def test_serve_help_states_every_default():
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     text = " ".join(out.split())
-    assert "--model URI" in text and "required; no default" in text
+    assert "--model URI" in text and "(default: the newest finished run's" in text
     assert "(default: 127.0.0.1)" in text and "no authentication" in text
     assert "(default: 8000)" in text
 

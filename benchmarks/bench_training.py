@@ -28,7 +28,6 @@ from pathlib import Path
 import common
 
 
-# [START original]
 class OriginalTrainer:
     """The original tutorial's trainer: DataLoader with per-sample PIL transforms, SGD lr=0.01."""
 
@@ -73,7 +72,6 @@ class OriginalTrainer:
                 correct += (self.model(images).argmax(1) == labels).sum().item()
                 total += labels.size(0)
         return correct / total
-# [END original]
 
 
 def _sync(device: str) -> None:
@@ -117,12 +115,11 @@ def time_ours(dataset_uri: str, device: str, epochs: int, batch_size: int, seed:
     return {"times": times, "n": n, "test_accuracy": trainer.test_model()["test_accuracy"]}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     import torch
 
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(parser)
     parser.add_argument("--epochs", type=int, default=2,
                         help="epochs timed per trainer and device; the mean includes the first (default: 2)")
@@ -131,7 +128,11 @@ def main() -> None:
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"] if cuda else ["cpu"],
                         help="devices to time on (default: cpu, plus cuda when torch.cuda.is_available(); "
                              "here %(default)s)")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     epochs = 1 if args.dry_run else args.epochs
 
     from kubetorch_example.data import prepare_dataset

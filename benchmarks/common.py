@@ -8,6 +8,7 @@ module level (``bench_dag_parse.py`` must see a process without it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import struct
@@ -78,7 +79,8 @@ def tiny_root(data_source: str, workdir: Path, train: int = DRY_RUN_DIGITS[0], t
         }
     else:
         loaded = _load_splits(data_source, workdir / "full")
-        splits = {name: (loaded[name].data[:n], loaded[name].targets[:n]) for name, n in (("train", train), ("test", test))}
+        splits = {name: (loaded[name].data[:n], loaded[name].targets[:n])
+                  for name, n in (("train", train), ("test", test))}
     raw = workdir / "tiny" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for prefix, split in (("train", "train"), ("t10k", "test")):
@@ -138,6 +140,20 @@ def report(title: str, body: str, notes: list[str] = (), machine_line: str | Non
         print(note)
     print(machine_line or machine())
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Point fd 1 (stdout) at stderr meanwhile: Airflow logs to stdout, and stdout must hold only the tables."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def progress(message: str) -> None:

@@ -228,20 +228,22 @@ def _crafted(marker: Path, what: str) -> bytes:
     return buffer.getvalue()
 
 
-def _read_model(entry, tmp_path):
+def _read_model(entry, request):
     load_model(entry, torch.device("cpu"))
 
 
-def _read_classifier(entry, tmp_path):
+def _read_classifier(entry, request):
     MnistClassifier(entry, device="cpu")
 
 
-def _read_checkpoint(entry, tmp_path):
-    SimpleTrainer(epochs=1, device="cpu").load_checkpoint(entry)
+def _read_checkpoint(entry, request):
+    trainer = SimpleTrainer(epochs=1, device="cpu")
+    trainer.load_data(request.getfixturevalue("dataset_uri"))  # a resume loads the data first
+    trainer.load_checkpoint(entry)
 
 
-def _read_dataset(entry, tmp_path):
-    manifest = tmp_path / "dataset.json"
+def _read_dataset(entry, request):
+    manifest = request.getfixturevalue("tmp_path") / "dataset.json"
     manifest.write_text(json.dumps({"kind": "mnist-dataset", "mean": 0.1, "std": 0.3, "dataset": entry}))
     load_dataset(str(manifest))
 
@@ -257,7 +259,7 @@ _UNSAFE_LOAD = "import sys, torch; torch.load(sys.argv[1], weights_only=False)"
 
 
 @pytest.mark.parametrize("reader", READERS, ids=READERS.keys())
-def test_crafted_pickle_with_a_valid_sha256_runs_no_code(tmp_path, reader):
+def test_crafted_pickle_with_a_valid_sha256_runs_no_code(tmp_path, request, reader):
     what, read = READERS[reader]
     marker = tmp_path / "payload-ran"
     blob = _crafted(marker, what)
@@ -265,7 +267,7 @@ def test_crafted_pickle_with_a_valid_sha256_runs_no_code(tmp_path, reader):
     assert storage.read_artifact(entry) == blob
 
     with pytest.raises(pickle.UnpicklingError, match="[Ww]eights only load failed"):
-        read(entry, tmp_path)
+        read(entry, request)
     assert not marker.exists()
 
     # Control: the payload is real. An unrestricted torch.load of the same bytes, in a separate

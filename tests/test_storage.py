@@ -297,3 +297,12 @@ def test_local_write_failing_at_the_rename_cleans_up(tmp_path):
     assert isinstance(info.value.__cause__, OSError)
     assert (target / "keep").read_text() == "untouched"
     assert _leftovers(tmp_path) == []
+
+
+def test_run_ids_that_differ_only_in_awkward_characters_get_different_prefixes():
+    from kubetorch_example.config import RunConfig, Settings
+    from kubetorch_example.tasks import Run
+
+    prefixes = {Run(RunConfig(), Settings(storage_root="s3://b/p"), rid).prefix for rid in ("a:b", "a_b", "a b")}
+    assert len(prefixes) == 3
+    assert Run(RunConfig(), Settings(storage_root="s3://b/p"), "cli-1").prefix == "s3://b/p/mnist_training_pipeline/cli-1"

@@ -7,7 +7,10 @@ No torch here: the Airflow side uses this module too.
 * S3 writes are a single ``PutObject``, which S3 applies atomically. boto3 uses
   its standard credential chain (IRSA, instance roles, env) and honours
   ``AWS_ENDPOINT_URL`` for MinIO and other S3-compatible stores; transient
-  errors are retried by botocore's "standard" retry mode with backoff.
+  errors are retried by botocore's "standard" retry mode with backoff, up to
+  ``MNIST_S3_MAX_ATTEMPTS`` attempts in all (read when the client is built).
+  Reads go through s3transfer, which also retries a connection that breaks
+  mid-body (botocore's retries end once the response headers arrive).
 * Every artifact has a sha256; ``read_verified`` refuses a mismatch.
 """
 
@@ -15,16 +18,19 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-S3_MAX_ATTEMPTS = int(os.environ.get("MNIST_S3_MAX_ATTEMPTS", "6"))
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")  # "s3:/b/k" is a typo, not a local folder named "s3:"
+S3_MAX_ATTEMPTS_ENV = "MNIST_S3_MAX_ATTEMPTS"
+S3_MAX_ATTEMPTS_DEFAULT = 10  # botocore 1.4x backs off 50 ms x 2^n, jittered: ~13 s in all on average, 25.5 s at most
 
 
 class StorageError(RuntimeError):
@@ -55,7 +61,7 @@ def parse(uri: str) -> Location:
         return Location("s3", bucket, key.strip("/"))
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
-    elif "://" in uri:
+    elif "://" in uri or _SCHEME.match(uri):
         raise ValueError(f"unsupported storage URI {uri!r}: use a local folder, file:///path or s3://bucket/prefix")
     return Location("file", "", str(Path(uri).expanduser().absolute()))
 
@@ -77,8 +83,10 @@ def _s3():
 
     # Standard mode retries throttling, 5xx and connection errors with
     # exponential backoff and jitter; no hand-rolled loop needed.
+    # "total_max_attempts" counts the first try; botocore's "max_attempts" would not.
+    attempts = int(os.environ.get(S3_MAX_ATTEMPTS_ENV) or S3_MAX_ATTEMPTS_DEFAULT)
     config = Config(
-        retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS},
+        retries={"mode": "standard", "total_max_attempts": max(1, attempts)},
         connect_timeout=5,
         read_timeout=60,
     )
@@ -99,16 +107,23 @@ def write_bytes(uri: str, data: bytes) -> str:
             raise _s3_error("write", uri, exc) from exc
     else:
         target = Path(loc.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
         try:
-            with os.fdopen(fd, "wb") as handle:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Mode 0o666 lets the umask decide, as for any new file (mkstemp would force 0600).
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:
+            raise StorageError(f"could not write {uri}: {exc.strerror or exc}") from exc
+        try:
+            with open(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):  # disk full, quota, I/O error: the same error type as S3's
+                raise StorageError(f"could not write {uri}: {exc.strerror or exc}") from exc
             raise
     return sha256(data)
 
@@ -116,10 +131,12 @@ def write_bytes(uri: str, data: bytes) -> str:
 def read_bytes(uri: str) -> bytes:
     loc = parse(uri)
     if loc.scheme == "s3":
+        buffer = io.BytesIO()
         try:
-            return _s3().get_object(Bucket=loc.bucket, Key=loc.path)["Body"].read()
+            _s3().download_fileobj(loc.bucket, loc.path, buffer)
         except Exception as exc:
             raise _s3_error("read", uri, exc) from exc
+        return buffer.getvalue()
     try:
         return Path(loc.path).read_bytes()
     except OSError as exc:
@@ -138,6 +155,8 @@ def exists(uri: str) -> bool:
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return False
+        raise _s3_error("look up", uri, exc) from exc
+    except Exception as exc:  # endpoint unreachable, timeouts: not an answer to "does it exist?"
         raise _s3_error("look up", uri, exc) from exc
 
 

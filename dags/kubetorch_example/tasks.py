@@ -50,8 +50,12 @@ class Run:
 
     @property
     def prefix(self) -> str:
-        # Each DAG run writes under its own prefix, so runs never clobber each other.
-        return storage.join(self.settings.storage_root, DAG_ID, re.sub(r"[^A-Za-z0-9._-]", "_", self.run_id))
+        # Each DAG run writes under its own prefix, so runs never clobber each other. Characters that
+        # are awkward in paths and keys become "_", plus a hash of the real id so "a:b" and "a_b" differ.
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", self.run_id)
+        if safe != self.run_id:
+            safe += "-" + storage.sha256(self.run_id.encode())[:8]
+        return storage.join(self.settings.storage_root, DAG_ID, safe)
 
     def uri(self, *parts: str) -> str:
         return storage.join(self.prefix, *parts)

@@ -8,6 +8,7 @@ KubernetesCredentialsError instead of the ConfigError/StorageError asserted here
 from __future__ import annotations
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from conftest import write_idx
 from kubetorch_example import storage, tasks
@@ -59,8 +60,11 @@ def test_bad_input_fails_before_any_compute(case, bucket, tmp_path, monkeypatch)
         monkeypatch.setenv(key, value.format(**fill))
     params = {**GOOD, **{k: v.format(**fill) if isinstance(v, str) else v for k, v in overrides.items()}}
 
-    with pytest.raises((ConfigError, storage.StorageError), match=message):
+    # A bad value fails the same way on every try, so Airflow is told not to retry it; storage may recover.
+    with pytest.raises((AirflowFailException, storage.StorageError), match=message) as failure:
         tasks.preprocess(params=params, run_id="bad-input", dag_run=_DagRun(conf or {}))
+    if isinstance(failure.value, AirflowFailException):
+        assert isinstance(failure.value.__cause__, ConfigError)
     assert not storage.exists(f"s3://{bucket}/artifacts/{tasks.DAG_ID}/bad-input/dataset/dataset.json")
 
 

@@ -11,6 +11,7 @@ URI to the next task through XCom. No torch is imported here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -231,19 +232,33 @@ def format_summary(summary: dict) -> str:
 
 
 # [START callables]
+@contextlib.contextmanager
+def no_retry_for_deterministic_failures():
+    """A bad parameter or a model below the gate fails the same way every time: tell Airflow not to retry."""
+    try:
+        yield
+    except (ConfigError, QualityGateError) as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(str(exc)) from exc
+
+
 def preprocess(params, run_id, dag_run=None):
-    run = start(params, run_id, conf=dag_run.conf if dag_run else None)
-    return run_preprocess(run)
+    with no_retry_for_deterministic_failures():
+        run = start(params, run_id, conf=dag_run.conf if dag_run else None)
+        return run_preprocess(run)
 
 
 def train(params, run_id, ti):
-    run = start(params, run_id)
-    return run_train(run, dataset_uri=ti.xcom_pull(task_ids="preprocess"))
+    with no_retry_for_deterministic_failures():
+        run = start(params, run_id)
+        return run_train(run, dataset_uri=ti.xcom_pull(task_ids="preprocess"))
 
 
 def deploy(params, run_id, ti):
-    run = start(params, run_id)
-    return run_deploy(run, model_uri=ti.xcom_pull(task_ids="train"))
+    with no_retry_for_deterministic_failures():
+        run = start(params, run_id)
+        return run_deploy(run, model_uri=ti.xcom_pull(task_ids="train"))
 # [END callables]
 
 

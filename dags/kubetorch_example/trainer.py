@@ -81,14 +81,15 @@ class SimpleTrainer:
         start = time.perf_counter()
         for i in range(0, len(y), self.batch_size):
             idx = order[i : i + self.batch_size]
+            target = y[idx]
             logits = self.model(x[idx])
-            loss = self.loss_fn(logits, y[idx])
+            loss = self.loss_fn(logits, target)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
             loss_sum += loss.detach() * len(idx)
-            hits += (logits.argmax(1) == y[idx]).sum()
+            hits += (logits.argmax(1) == target).sum()
         n = len(y)
         metrics = {"epoch": self.epoch, "loss": loss_sum.item() / n, "accuracy": hits.item() / n}
         metrics["samples_per_s"] = n / (time.perf_counter() - start)

@@ -87,14 +87,7 @@ def time_original(root: str, device: str, epochs: int, batch_size: int, seed: in
     torch.manual_seed(seed)
     trainer = OriginalTrainer(root, batch_size, device)
     n = len(trainer.train_loader.dataset)
-    times = []
-    for epoch in range(1, epochs + 1):
-        _sync(device)
-        start = time.perf_counter()
-        trainer.train_epoch()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-        common.progress(f"  original, {device}: epoch {epoch}/{epochs} {times[-1]:.1f} s")
+    times = _time_epochs("original", device, epochs, trainer.train_epoch)
     return {"times": times, "n": n, "test_accuracy": trainer.test_accuracy()}
 
 
@@ -104,15 +97,21 @@ def time_ours(dataset_uri: str, device: str, epochs: int, batch_size: int, seed:
     # SimpleTrainer's defaults except epochs (which sizes its cosine schedule) and the device.
     trainer = SimpleTrainer(epochs=epochs, batch_size=batch_size, seed=seed, device=device)
     n = trainer.load_data(dataset_uri)["train"]
+    times = _time_epochs("ours", device, epochs, trainer.train_model)
+    return {"times": times, "n": n, "test_accuracy": trainer.test_model()["test_accuracy"]}
+
+
+def _time_epochs(label: str, device: str, epochs: int, train_one_epoch) -> list[float]:
+    """Seconds per call of ``train_one_epoch``, with the device synchronised around each."""
     times = []
     for epoch in range(1, epochs + 1):
         _sync(device)
         start = time.perf_counter()
-        trainer.train_model()
+        train_one_epoch()
         _sync(device)
         times.append(time.perf_counter() - start)
-        common.progress(f"  ours, {device}: epoch {epoch}/{epochs} {times[-1]:.1f} s")
-    return {"times": times, "n": n, "test_accuracy": trainer.test_model()["test_accuracy"]}
+        common.progress(f"  {label}, {device}: epoch {epoch}/{epochs} {times[-1]:.1f} s")
+    return times
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,9 +28,16 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG, Param
 
 from kubetorch_example import tasks
-from kubetorch_example.config import BACKENDS, DOWNLOAD, RunConfig
+from kubetorch_example.config import BACKENDS, BOUNDS, DOWNLOAD, RunConfig
 
 DEFAULTS = RunConfig()
+
+
+def between(name: str, low_open: bool = False) -> dict:
+    """JSON-schema bounds for a Param, from the same table RunConfig is validated against."""
+    low, high = BOUNDS[name]
+    return {"exclusiveMinimum" if low_open else "minimum": low, "maximum": high}
+
 
 default_args = {
     "owner": "ml-platform",
@@ -50,11 +57,11 @@ with DAG(
     default_args=default_args,
     tags=["kubetorch", "pytorch", "mnist", "example"],
     params={
-        "epochs": Param(DEFAULTS.epochs, type="integer", minimum=1, maximum=1000),
-        "batch_size": Param(DEFAULTS.batch_size, type="integer", minimum=1, maximum=60000),
-        "learning_rate": Param(DEFAULTS.learning_rate, type="number", exclusiveMinimum=0, maximum=10),
-        "seed": Param(DEFAULTS.seed, type="integer", minimum=0),
-        "min_accuracy": Param(DEFAULTS.min_accuracy, type="number", minimum=0, maximum=1),
+        "epochs": Param(DEFAULTS.epochs, type="integer", **between("epochs")),
+        "batch_size": Param(DEFAULTS.batch_size, type="integer", **between("batch_size")),
+        "learning_rate": Param(DEFAULTS.learning_rate, type="number", **between("learning_rate", low_open=True)),
+        "seed": Param(DEFAULTS.seed, type="integer", **between("seed")),
+        "min_accuracy": Param(DEFAULTS.min_accuracy, type="number", **between("min_accuracy")),
         "data_source": Param(os.environ.get("MNIST_DATA_SOURCE", DOWNLOAD), type="string", minLength=1,
                              description="'download', a mirror folder/URI with the four MNIST .gz files, "
                                          "or a torchvision dataset root"),

@@ -55,12 +55,16 @@ class RunConfig:
 
 FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
-# (field, check, what is expected): one line per rule, so the error can say it.
-_INT_RULES = {
+# The allowed range of each numeric field, shared with the DAG's Params. All bounds are
+# inclusive except learning_rate's lower one (it must be > 0).
+BOUNDS = {
     "epochs": (1, 1000),
     "batch_size": (1, 60000),
     "seed": (0, 2**31 - 1),
+    "learning_rate": (0.0, 10.0),
+    "min_accuracy": (0.0, 1.0),
 }
+_INT_FIELDS = ("epochs", "batch_size", "seed")
 
 
 def _fail(field: str, expected: str, got: Any) -> ConfigError:
@@ -68,7 +72,7 @@ def _fail(field: str, expected: str, got: Any) -> ConfigError:
 
 
 def _check_int(field: str, value: Any) -> int:
-    low, high = _INT_RULES[field]
+    low, high = BOUNDS[field]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise _fail(field, f"an integer from {low} to {high}", value)
     return value
@@ -86,10 +90,10 @@ def _check_number(field: str, value: Any, low: float, high: float, low_open: boo
 
 def validate(config: RunConfig) -> RunConfig:
     """Return ``config`` if every field is usable, else raise ConfigError naming the field."""
-    for field in _INT_RULES:
+    for field in _INT_FIELDS:
         _check_int(field, getattr(config, field))
-    _check_number("learning_rate", config.learning_rate, 0.0, 10.0, low_open=True)
-    _check_number("min_accuracy", config.min_accuracy, 0.0, 1.0, low_open=False)
+    _check_number("learning_rate", config.learning_rate, *BOUNDS["learning_rate"], low_open=True)
+    _check_number("min_accuracy", config.min_accuracy, *BOUNDS["min_accuracy"], low_open=False)
     if config.backend not in BACKENDS:
         raise _fail("backend", f"one of {', '.join(BACKENDS)}", config.backend)
     if not isinstance(config.data_source, str) or not config.data_source.strip():

@@ -319,9 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         run = start(params, run_id)
-        if args.step in ("preprocess", "all"):
-            check_source(run.config.data_source, run.config.backend)
         if args.dry_run:
+            if args.step in ("preprocess", "all"):
+                check_source(run.config.data_source, run.config.backend)  # run_preprocess checks it otherwise
             print(f"dry run: parameters, storage and data source are valid; artifacts would go to {run.prefix}")
             return 0
         dataset_uri = args.dataset_uri or run.uri("dataset", "dataset.json")
@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        # Matched by name so that the local backend never needs kubetorch installed.
         if type(exc).__name__ != "KubernetesCredentialsError":
             raise
         print(f"error: {exc}", file=sys.stderr)

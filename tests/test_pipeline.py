@@ -106,3 +106,17 @@ def test_the_command_line_runs_all_steps(artifacts, mnist_root, capsys):
     assert summary["run_id"] == "cli-test"
     assert tasks.main(["summary"]) == 0
     assert "test accuracy" in capsys.readouterr().out
+
+
+def test_the_command_line_draws_a_progress_bar_only_in_a_terminal(monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    metrics = {"test_accuracy": 0.5}
+    for stream, expected in ((Terminal(), "[###############...............] epoch 1/2"), (io.StringIO(), "")):
+        monkeypatch.setattr("sys.stderr", stream)
+        tasks._progress_bar(1, 2, metrics)
+        assert stream.getvalue().strip().startswith(expected) and (expected or stream.getvalue() == "")

@@ -86,3 +86,20 @@ def test_dry_run_validates_and_stops(mnist_root, tmp_path, monkeypatch, capsys):
 def test_good_values_pass_and_none_means_default():
     config = from_params({"epochs": 3, "learning_rate": 1, "min_accuracy": 0, "backend": None})
     assert config == RunConfig(epochs=3, learning_rate=1.0, min_accuracy=0.0)
+
+
+def test_the_kubernetes_backend_refuses_to_sync_a_whole_site_packages(tmp_path):
+    """A non-editable install would make kubetorch rsync all of site-packages to every pod."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import DAGS
+
+    site = tmp_path / "site-packages"
+    shutil.copytree(DAGS / "kubetorch_example", site / "kubetorch_example")
+    code = ("from kubetorch_example.backends import KubernetesBackend; from kubetorch_example.config import Settings;"
+            "KubernetesBackend(Settings())")
+    result = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(site), "PATH": ""},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "editable install" in result.stderr

@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 from kubetorch_example.config import ConfigError, Settings
@@ -65,6 +66,12 @@ class KubernetesBackend:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        code_root = Path(__file__).resolve().parent.parent  # what kubetorch would rsync to the pods
+        if code_root.name in ("site-packages", "dist-packages"):
+            raise ConfigError(
+                f"the kubernetes backend syncs the folder holding kubetorch_example to the pods, and here that is "
+                f"{code_root}. Run from the repository's dags/ folder or an editable install (pip install -e .)."
+            )
 
     def _deploy(self, module, target: Target):
         import kubetorch as kt

@@ -15,9 +15,9 @@ import contextlib
 import importlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
+from kubetorch_example import CODE_ROOT
 from kubetorch_example.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,10 @@ class KubernetesBackend:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        code_root = Path(__file__).resolve().parent.parent  # what kubetorch would rsync to the pods
-        if code_root.name in ("site-packages", "dist-packages"):
+        if CODE_ROOT.name in ("site-packages", "dist-packages"):
             raise ConfigError(
                 f"the kubernetes backend syncs the folder holding kubetorch_example to the pods, and here that is "
-                f"{code_root}. Run from the repository's dags/ folder or an editable install (pip install -e .)."
+                f"{CODE_ROOT}. Run from the repository's dags/ folder or an editable install (pip install -e .)."
             )
 
     def _deploy(self, module, target: Target):
@@ -86,25 +85,19 @@ class KubernetesBackend:
             raise kt.KubernetesCredentialsError(f"{exc}\n{CREDENTIALS_HINT}") from None
 
     def _pointers(self, target: Target) -> tuple:
-        from kubetorch_example import kube
-
-        return (str(kube.CODE_ROOT), target.module, target.name)
+        return (str(CODE_ROOT), target.module, target.name)
 
     def function(self, target: Target, name: str):
         """An undeployed kubetorch function handle (for inspection and tests)."""
         import kubetorch as kt
 
-        from kubetorch_example import kube
-
-        return kt.Fn(name=name, pointers=self._pointers(target), sync_dir=str(kube.CODE_ROOT))
+        return kt.Fn(name=name, pointers=self._pointers(target), sync_dir=str(CODE_ROOT))
 
     def cls(self, target: Target, name: str, init_args: dict):
         """An undeployed kubetorch class handle (for inspection and tests)."""
         import kubetorch as kt
 
-        from kubetorch_example import kube
-
-        return kt.Cls(name=name, pointers=self._pointers(target), init_args=init_args, sync_dir=str(kube.CODE_ROOT))
+        return kt.Cls(name=name, pointers=self._pointers(target), init_args=init_args, sync_dir=str(CODE_ROOT))
 
     def call(self, target: Target, name: str, **kwargs) -> Any:
         remote = self._deploy(self.function(target, name), target)

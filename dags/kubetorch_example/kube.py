@@ -7,15 +7,10 @@ kubetorch Helm chart installed on the cluster (pinned in pyproject.toml).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import kubetorch as kt
 
+from kubetorch_example import CODE_ROOT  # noqa: F401  (kube.CODE_ROOT: the folder synced to the pods)
 from kubetorch_example.config import Settings
-
-# The folder that holds the kubetorch_example package (the Airflow dags folder).
-# kubetorch rsyncs it to each pod, so the pods import the very same code.
-CODE_ROOT = Path(__file__).resolve().parent.parent
 
 # Pods need boto3 for s3:// artifacts; torch and torchvision come with the image.
 POD_PACKAGES = ["boto3>=1.34"]

@@ -81,10 +81,7 @@ import weakref
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-# The folder that holds the kubetorch_example package: the server imports the
-# class from here, as a pod imports it from the folder kubetorch rsyncs.
-# (Same value as kube.CODE_ROOT, computed without importing kubetorch.)
-CODE_ROOT = Path(__file__).resolve().parent.parent
+from kubetorch_example import CODE_ROOT  # the server imports the class from here, as a pod does
 
 KUBETORCH_VERSION = "0.5.1"  # the version whose private hooks this module uses
 SERVER_APP = "kubetorch.serving.http_server:app"

@@ -200,15 +200,19 @@ def _write_summary(run: Run, manifest: dict, score: dict, service: str) -> dict:
         "service": service if run.config.backend == "kubernetes" else None,
     }
     storage.write_json(run.uri("summary.json"), summary)
-    storage.write_json(storage.join(run.settings.storage_root, DAG_ID, "latest.json"), summary)
+    storage.write_json(_latest_summary_uri(run.settings), summary)
     log.info("%s", format_summary(summary))
     return summary
+
+
+def _latest_summary_uri(settings: Settings) -> str:
+    return storage.join(settings.storage_root, DAG_ID, "latest.json")
 
 
 def latest_summary(settings: Settings | None = None) -> dict:
     """The summary of the newest successful run under the storage root."""
     settings = settings or Settings.from_env()
-    uri = storage.join(settings.storage_root, DAG_ID, "latest.json")
+    uri = _latest_summary_uri(settings)
     if not storage.exists(uri):
         raise ConfigError(f"no finished run under {settings.storage_root!r} (no {uri}); run the pipeline first, "
                           "or set MNIST_STORAGE_ROOT to where it wrote")
